@@ -1,0 +1,100 @@
+"""extract: record the activations of chosen layers for every image, in batches.
+
+Reads:  data/corrupted/{train,test}.parquet, data/model/model.keras
+Params: extract.*
+Writes: data/activations/<layer>.parquet for each layer in extract.layers, plus
+        data/activations/logits.parquet (the pre-softmax outputs: the energy score and the
+        classifier's accuracy are computed from them)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from stages import params as params_module
+from stages.errors import StageError, run
+from stages.tables import (ACTIVATION_KEYS, CORRUPTED_SCHEMA, SPLITS, atomic_directory,
+                           open_table, pixel_matrix, unit_names)
+
+INPUT = Path("data/corrupted")
+MODEL = Path("data/model/model.keras")
+OUTPUT = Path("data/activations")
+LOGITS_LAYER = "logits"
+
+
+def layers_to_record(requested: list[str], available: list[str]) -> list[str]:
+    """The requested layers plus `logits`, checked against the model's layer names."""
+    for name in requested:
+        if name not in available:
+            raise StageError(f"extract.layers: unknown layer {name!r}; the model's layers are "
+                             + ", ".join(available))
+    return requested + [LOGITS_LAYER] * (LOGITS_LAYER not in requested)
+
+
+def as_units(activations: np.ndarray) -> np.ndarray:
+    """One row per image: convolution maps are averaged over positions (one column per
+    channel); any other shape is flattened."""
+    if activations.ndim == 4:
+        activations = activations.mean(axis=(1, 2))
+    return activations.reshape(len(activations), -1).astype(np.float32)
+
+
+def activation_batch(keys: pa.Table, units: np.ndarray) -> pa.Table:
+    """Key columns of a batch of images beside their unit columns n000, n001, ..."""
+    columns = [keys.column(name) for name in ACTIVATION_KEYS.names]
+    columns += [pa.array(column) for column in units.T]
+    return pa.Table.from_arrays(columns, names=ACTIVATION_KEYS.names + unit_names(units.shape[1]))
+
+
+def record(model, layers: list[str], batches, folder: Path) -> dict[str, int]:
+    """Run the model's layers over batches of (keys, images) with one call per batch and
+    append each layer's rows to folder/<layer>.parquet; return the rows written per layer."""
+    import keras
+
+    probe = keras.Model(model.inputs, [model.get_layer(name).output for name in layers])
+    writers: dict[str, pq.ParquetWriter] = {}
+    rows = 0
+    try:
+        for keys, images in batches:
+            outputs = probe.predict_on_batch(images.reshape(-1, 28, 28, 1))
+            for name, output in zip(layers, outputs):
+                table = activation_batch(keys, as_units(np.asarray(output)))
+                if name not in writers:
+                    writers[name] = pq.ParquetWriter(folder / f"{name}.parquet", table.schema,
+                                                     compression="zstd")
+                writers[name].write_table(table)
+            rows += len(images)
+    finally:
+        for writer in writers.values():
+            writer.close()
+    return {name: rows for name in layers}
+
+
+def image_batches(files: list[pq.ParquetFile], batch_size: int):
+    """Stream (keys, pixels) batches from corrupted tables without loading them whole."""
+    for file in files:
+        for batch in file.iter_batches(batch_size=batch_size):
+            table = pa.Table.from_batches([batch])
+            yield table.drop_columns(["pixels"]), pixel_matrix(table)
+
+
+def main() -> None:
+    params = params_module.load("extract")
+    files = [open_table(INPUT / f"{split}.parquet", CORRUPTED_SCHEMA) for split in SPLITS]
+
+    from stages import network
+
+    model = network.load_model(MODEL)
+    layers = layers_to_record(params.extract.layers, [layer.name for layer in model.layers])
+    with atomic_directory(OUTPUT) as folder:
+        written = record(model, layers, image_batches(files, params.extract.batch_size), folder)
+    for name, rows in written.items():
+        print(f"extract: {name}: {rows} rows -> {OUTPUT / name}.parquet")
+
+
+if __name__ == "__main__":
+    run(main)

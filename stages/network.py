@@ -1,0 +1,90 @@
+"""The Keras classifier: its architecture, deterministic set-up, and stable saving and loading.
+
+Only the stages that need TensorFlow (train, extract) import this module.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from stages.errors import StageError  # noqa: E402
+from stages.params import TrainParams  # noqa: E402
+from stages.tables import atomic_path  # noqa: E402
+
+CLASSES = 10
+# The output layer is split in two so that its pre-softmax values (the energy score needs
+# them) are a layer of their own; `dense_1` stays the article's 10 softmax columns.
+LOGITS_LAYER = "logits"
+ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
+
+
+def configure(seed: int) -> None:
+    """Seed every generator and make TensorFlow's kernels deterministic."""
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+
+
+def build_model(train: TrainParams) -> keras.Model:
+    """Conv2D(filters, 4x4, relu) -> Flatten -> Dense(units, relu)... -> Dense(10, softmax).
+
+    Hidden dense layers are named dense, dense_1, ... in order and the softmax output takes
+    the next name, so the article's network has `dense` (32 units) and `dense_1` (10).
+    """
+    inputs = keras.Input(shape=(28, 28, 1), name="pixels")
+    hidden = inputs
+    if train.conv_filters:
+        hidden = keras.layers.Conv2D(train.conv_filters, (4, 4), activation="relu",
+                                     name="conv2d")(hidden)
+    hidden = keras.layers.Flatten(name="flatten")(hidden)
+    names = ["dense"] + [f"dense_{index}" for index in range(1, len(train.dense_units) + 1)]
+    for name, units in zip(names, train.dense_units):
+        hidden = keras.layers.Dense(units, activation="relu", name=name)(hidden)
+    logits = keras.layers.Dense(CLASSES, name=LOGITS_LAYER)(hidden)
+    outputs = keras.layers.Activation("softmax", name=names[-1])(logits)
+    model = keras.Model(inputs, outputs, name="classifier")
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=train.learning_rate),
+                  loss="categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+def save_model(model: keras.Model, target: Path) -> None:
+    """Save as .keras with the save date and zip timestamps fixed, so equal weights give
+    equal bytes and DVC does not re-run what depends on the model for nothing."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    with tempfile.TemporaryDirectory(dir=target.parent) as folder:
+        unstable = Path(folder) / "model.keras"  # Keras insists on the .keras suffix
+        model.save(unstable)
+        with zipfile.ZipFile(unstable) as source, zipfile.ZipFile(buffer, "w") as stable:
+            for entry in sorted(source.namelist()):
+                content = source.read(entry)
+                if entry == "metadata.json":
+                    metadata = json.loads(content)
+                    metadata.pop("date_saved", None)
+                    content = json.dumps(metadata, sort_keys=True).encode()
+                info = zipfile.ZipInfo(entry, date_time=ZIP_EPOCH)
+                info.compress_type = zipfile.ZIP_DEFLATED
+                stable.writestr(info, content)
+    with atomic_path(target) as temporary:
+        temporary.write_bytes(buffer.getvalue())
+
+
+def load_model(path: Path) -> keras.Model:
+    """Load a saved classifier with Keras' safe mode; stop with one line if it is not one."""
+    if not path.exists():
+        raise StageError(f"{path}: not found; run the train stage (dvc repro train)")
+    try:
+        return keras.saving.load_model(path, safe_mode=True, compile=False)
+    except Exception as error:  # Keras raises ValueError, OSError, zip and h5 errors alike
+        raise StageError(f"{path}: not a loadable Keras model ({type(error).__name__})") from None
