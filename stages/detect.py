@@ -85,10 +85,13 @@ def score_pair(representation: str, name: str, detect: DetectParams, seed: int,
     fit_matrix, test_matrix = combine([fit.parts[p] for p in parts],
                                       [test.parts[p] for p in parts])
     detector = detectors.build(name, detect.settings(name), seed)
-    detector.fit(fit_matrix, fit.labels)
+    detector.fit(fit_matrix, fit.labels if spec.fits_on_train else None)
     # Scoring the fit data again would count each image as its own neighbour.
     scores = detector.decision_scores_ if fit is test else detector.decision_function(test_matrix)
-    return np.asarray(scores, dtype=np.float64), float(detector.threshold_)
+    scores = np.asarray(scores, dtype=np.float64)
+    if not np.isfinite(scores).all():
+        raise ValueError("it gave scores that are not finite numbers; check its settings")
+    return scores, float(detector.threshold_)
 
 
 def load_splits(parts: set[str]) -> tuple[dict[str, Split], pa.Table]:

@@ -65,7 +65,7 @@ class Mahalanobis(ThresholdedDetector):
         self.precision_ = np.linalg.pinv(covariance, hermitian=True)
 
     def _score(self, X: np.ndarray) -> np.ndarray:
-        distances = [np.einsum("ij,jk,ik->i", X - mean, self.precision_, X - mean)
+        distances = [np.sum(((X - mean) @ self.precision_) * (X - mean), axis=1)
                      for mean in self.means_]
         return np.min(distances, axis=0)
 
@@ -153,6 +153,25 @@ def _pyod(class_path: str, **fixed: Any) -> Callable[..., Any]:
     return make
 
 
+class VaryingColumns:
+    """Fits a detector on the columns that vary in its fit data. PyOD's PCA divides by each
+    component's variance, so a constant column (a dead ReLU unit, a never-inked pixel)
+    would give infinite scores."""
+
+    def __init__(self, detector: Any):
+        self.detector = detector
+
+    def fit(self, X: np.ndarray, y: np.ndarray | None = None) -> "VaryingColumns":
+        self.columns_ = np.flatnonzero(np.ptp(X, axis=0) > 0)
+        self.detector.fit(X[:, self.columns_])
+        self.decision_scores_ = self.detector.decision_scores_
+        self.threshold_ = self.detector.threshold_
+        return self
+
+    def decision_function(self, X: np.ndarray) -> np.ndarray:
+        return self.detector.decision_function(X[:, self.columns_])
+
+
 def _any(representation: str) -> bool:
     return True
 
@@ -188,7 +207,8 @@ DETECTORS: dict[str, DetectorSpec] = {
                         paper="Ramaswamy, Rastogi & Shim, 2000"),
     "ocsvm": DetectorSpec(_pyod("pyod.models.ocsvm.OCSVM"), superlinear=True,
                           paper="Schölkopf et al., 2001"),
-    "pca": DetectorSpec(_pyod("pyod.models.pca.PCA"), seeded=True, paper="Shyu et al., 2003"),
+    "pca": DetectorSpec(lambda **settings: VaryingColumns(_pyod("pyod.models.pca.PCA")(**settings)),
+                        seeded=True, paper="Shyu et al., 2003"),
     "ecod": DetectorSpec(_pyod("pyod.models.ecod.ECOD"), paper="Li et al., 2022"),
     "copod": DetectorSpec(_pyod("pyod.models.copod.COPOD"), paper="Li et al., 2020"),
     "hbos": DetectorSpec(_pyod("pyod.models.hbos.HBOS"),
