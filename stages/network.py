@@ -75,11 +75,25 @@ def save_model(model: keras.Model, target: Path) -> None:
                     metadata = json.loads(content)
                     metadata.pop("date_saved", None)
                     content = json.dumps(metadata, sort_keys=True).encode()
+                elif entry == "config.json":
+                    content = json.dumps(renumber_shared_objects(json.loads(content))).encode()
                 info = zipfile.ZipInfo(entry, date_time=ZIP_EPOCH)
                 info.compress_type = zipfile.ZIP_DEFLATED
                 stable.writestr(info, content)
     with atomic_path(target) as temporary:
         temporary.write_bytes(buffer.getvalue())
+
+
+def renumber_shared_objects(config, numbers: dict[int, int] | None = None):
+    """Replace Keras' `shared_object_id`s (memory addresses, new in every process) by their
+    order of first appearance, which identifies the shared objects just as well."""
+    numbers = {} if numbers is None else numbers
+    if isinstance(config, dict):
+        return {key: numbers.setdefault(value, len(numbers)) if key == "shared_object_id"
+                else renumber_shared_objects(value, numbers) for key, value in config.items()}
+    if isinstance(config, list):
+        return [renumber_shared_objects(item, numbers) for item in config]
+    return config
 
 
 def load_model(path: Path) -> keras.Model:
