@@ -88,6 +88,7 @@ def main() -> None:
 
     from stages import network
 
+    network.limit_threads()
     model = network.load_model(MODEL)
     layers = layers_to_record(params.extract.layers, [layer.name for layer in model.layers])
     with atomic_directory(OUTPUT) as folder:

@@ -20,7 +20,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from stages.errors import StageError  # noqa: E402
+from stages.errors import StageError, thread_limit  # noqa: E402
 from stages.params import TrainParams  # noqa: E402
 from stages.tables import atomic_path  # noqa: E402
 
@@ -32,9 +32,18 @@ ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 
 
 def configure(seed: int) -> None:
-    """Seed every generator and make TensorFlow's kernels deterministic."""
+    """Seed every generator, make TensorFlow's kernels deterministic, limit its threads."""
     keras.utils.set_random_seed(seed)
     tf.config.experimental.enable_op_determinism()
+    limit_threads()
+
+
+def limit_threads() -> None:
+    """Keep TensorFlow within STAGE_THREADS threads, when it is set."""
+    threads = thread_limit()
+    if threads is not None:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
 
 
 def build_model(train: TrainParams) -> keras.Model:
