@@ -74,17 +74,25 @@ def record(model, layers: list[str], batches, folder: Path) -> dict[str, int]:
     return {name: rows for name in layers}
 
 
-def image_batches(files: list[pq.ParquetFile], batch_size: int):
+def image_batches(files: dict[Path, pq.ParquetFile], batch_size: int):
     """Stream (keys, pixels) batches from corrupted tables without loading them whole."""
-    for file in files:
-        for batch in file.iter_batches(batch_size=batch_size):
+    for path, file in files.items():
+        batches = file.iter_batches(batch_size=batch_size)
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                break
+            except (pa.ArrowInvalid, OSError) as error:
+                raise StageError(f"{path}: unreadable Parquet data ({error})") from None
             table = pa.Table.from_batches([batch])
             yield table.drop_columns(["pixels"]), pixel_matrix(table)
 
 
 def main() -> None:
     params = params_module.load("extract")
-    files = [open_table(INPUT / f"{split}.parquet", CORRUPTED_SCHEMA) for split in SPLITS]
+    paths = [INPUT / f"{split}.parquet" for split in SPLITS]
+    files = {path: open_table(path, CORRUPTED_SCHEMA) for path in paths}
 
     from stages import network
 

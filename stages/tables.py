@@ -51,12 +51,27 @@ SCORES_SCHEMA = pa.schema([
 ])
 
 
+def _temporary_prefix(target: Path) -> str:
+    return f".{target.name}."
+
+
+def remove_leftovers(target: Path) -> None:
+    """Delete temporaries that a killed run left beside `target`."""
+    for leftover in target.parent.glob(f"{_temporary_prefix(target)}*.tmp"):
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
+
+
 @contextmanager
 def atomic_path(target: Path) -> Iterator[Path]:
     """Yield a temporary path beside `target`; rename it onto `target` only on success."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    remove_leftovers(target)
+    handle, name = tempfile.mkstemp(prefix=_temporary_prefix(target), suffix=".tmp",
+                                    dir=target.parent)
     os.close(handle)
     temporary = Path(name)
     try:
@@ -71,12 +86,17 @@ def atomic_directory(target: Path) -> Iterator[Path]:
     """Yield a temporary folder beside `target`; it replaces `target` whole only on success."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    remove_leftovers(target)
+    temporary = Path(tempfile.mkdtemp(prefix=_temporary_prefix(target), suffix=".tmp",
+                                      dir=target.parent))
     try:
         yield temporary
+        # Renames are atomic, deleting a folder is not: move the old one aside first.
+        retired = target.parent / f"{_temporary_prefix(target)}retired.tmp"
         if target.exists():
-            shutil.rmtree(target)
+            os.replace(target, retired)
         os.replace(temporary, target)
+        shutil.rmtree(retired, ignore_errors=True)
     finally:
         shutil.rmtree(temporary, ignore_errors=True)
 
