@@ -70,8 +70,14 @@ def cap(split: Split, limit: int, seed: int) -> Split:
     """A seeded subsample of at most `limit` images, in their original order."""
     if len(split.labels) <= limit:
         return split
-    keep = np.sort(np.random.default_rng(seed).choice(len(split.labels), limit, replace=False))
-    return split.rows(keep)
+    return split.rows(capped_rows(len(split.labels), limit, seed))
+
+
+def capped_rows(count: int, limit: int, seed: int) -> np.ndarray:
+    """The rows `cap` keeps of `count`: all, or a seeded sorted sample of `limit`."""
+    if count <= limit:
+        return np.arange(count)
+    return np.sort(np.random.default_rng(seed).choice(count, limit, replace=False))
 
 
 def score_pair(representation: str, name: str, detect: DetectParams, seed: int,
@@ -79,15 +85,25 @@ def score_pair(representation: str, name: str, detect: DetectParams, seed: int,
     """Fit detector `name` on `representation` and return the test scores and threshold."""
     spec = detectors.DETECTORS[name]
     fit = fit_split(detect.setting, spec, train, test)
+    fit_is_pool = fit is test
+    kept = np.arange(len(fit.labels))
     if spec.superlinear:
-        fit = cap(fit, detect.max_fit_samples, seed)
+        kept = capped_rows(len(fit.labels), detect.max_fit_samples, seed)
+        fit = fit.rows(kept)
     parts = representation.split("+")
     fit_matrix, test_matrix = combine([fit.parts[p] for p in parts],
                                       [test.parts[p] for p in parts])
     detector = detectors.build(name, detect.settings(name), seed)
     detector.fit(fit_matrix, fit.labels if spec.fits_on_train else None)
-    # Scoring the fit data again would count each image as its own neighbour.
-    scores = detector.decision_scores_ if fit is test else detector.decision_function(test_matrix)
+    if fit_is_pool:
+        # Scoring fit images again would count each as its own neighbour: they keep the
+        # scores the detector gave them while fitting.
+        scores = np.empty(len(test.labels))
+        if len(kept) < len(scores):
+            scores[:] = detector.decision_function(test_matrix)
+        scores[kept] = detector.decision_scores_
+    else:
+        scores = detector.decision_function(test_matrix)
     scores = np.asarray(scores, dtype=np.float64)
     if not np.isfinite(scores).all():
         raise ValueError("it gave scores that are not finite numbers; check its settings")

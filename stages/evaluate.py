@@ -63,7 +63,7 @@ def auroc_interval(is_anomaly: np.ndarray, scores: np.ndarray, resamples: int,
 def fpr_at_tpr(is_anomaly: np.ndarray, scores: np.ndarray, tpr: float = 0.95) -> float:
     """Share of normal images flagged at the strictest threshold that catches `tpr` of the
     anomalies."""
-    false_positive, true_positive, _ = roc_curve(is_anomaly, scores)
+    false_positive, true_positive, _ = roc_curve(is_anomaly, scores, drop_intermediate=False)
     return float(false_positive[np.searchsorted(true_positive, tpr, side="left")])
 
 

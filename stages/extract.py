@@ -61,6 +61,8 @@ def record(model, layers: list[str], batches, folder: Path) -> dict[str, int]:
     try:
         for keys, images in batches:
             outputs = probe.predict_on_batch(images.reshape(-1, 28, 28, 1))
+            if len(layers) == 1:  # a one-output model returns the array itself, not a list
+                outputs = [outputs]
             for name, output in zip(layers, outputs):
                 table = activation_batch(keys, as_units(np.asarray(output)))
                 if name not in writers:

@@ -28,6 +28,7 @@ from stages.errors import StageError
 
 PARAMS_FILE = Path("params.yaml")
 NOISE_LEVELS = (1, 2, 3, 4)
+SHOULD_BE = "Input should be "
 
 PositiveInt = Annotated[StrictInt, Field(gt=0)]
 Probability = Annotated[Union[StrictFloat, StrictInt], Field(gt=0, lt=1)]
@@ -61,7 +62,7 @@ class NoiseParams(Section):
     @field_validator("level", mode="before")
     @classmethod
     def _strict_level(cls, value: Any) -> Any:
-        if isinstance(value, bool) or not (value in NOISE_LEVELS or value == "all"):
+        if not (type(value) is int and value in NOISE_LEVELS or value == "all"):
             raise ValueError("must be 1, 2, 3, 4 or 'all'")
         return value
 
@@ -203,19 +204,18 @@ class Params(Section):
     evaluate: EvaluateParams = EvaluateParams()
 
 
-def _describe(error: dict[str, Any]) -> str:
-    key = ".".join(str(part) for part in error["loc"] if not _is_union_branch(part))
-    message = error["msg"].removeprefix("Value error, ")
-    if error["type"] == "extra_forbidden":
-        section = key.rsplit(".", 1)[0] if "." in key else "params.yaml"
-        return f"params.yaml: unknown key {key!r} in {section}; allowed: " + ", ".join(
-            _allowed_keys(error["loc"][:-1]))
-    return f"params.yaml: {key} = {error['input']!r}: {message}"
-
-
-def _is_union_branch(part: Any) -> bool:
-    # pydantic reports which branch of a Union failed (e.g. 'literal['auto']'); users never wrote it.
-    return isinstance(part, str) and ("[" in part or part in {"int", "float", "str", "bool"})
+def _user_key(loc: tuple[Any, ...]) -> str:
+    """The dotted key a user wrote, from pydantic's error location, which also names the
+    branch of a Union that failed (e.g. 'literal['auto']', 'constrained-int')."""
+    parts: list[str] = []
+    model: Any = Params
+    for part in loc:
+        if isinstance(part, int):
+            parts[-1] += f"[{part}]"
+        elif isinstance(model, type) and issubclass(model, BaseModel) and part in model.model_fields:
+            parts.append(part)
+            model = model.model_fields[part].annotation
+    return ".".join(parts)
 
 
 def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
@@ -225,6 +225,21 @@ def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
     return list(model.model_fields)
 
 
+def _describe(errors: list[dict[str, Any]]) -> str:
+    """One line for the first bad key; a key that takes several forms lists them all."""
+    first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
+    if first["type"] == "extra_forbidden":
+        section = _user_key(first["loc"][:-1])
+        key = ".".join(filter(None, [section, str(first["loc"][-1])]))
+        return (f"params.yaml: unknown key {key!r} in {section or 'params.yaml'}; allowed: "
+                + ", ".join(_allowed_keys(first["loc"][:-1])))
+    key = _user_key(first["loc"])
+    messages = dict.fromkeys(e["msg"].removeprefix("Value error, ").removeprefix(SHOULD_BE)
+                             for e in errors if _user_key(e["loc"]) == key)
+    should = SHOULD_BE if any(e["msg"].startswith(SHOULD_BE) for e in errors) else ""
+    return f"params.yaml: {key} = {first['input']!r}: {should}" + " or ".join(messages)
+
+
 def parse(raw: dict[str, Any]) -> Params:
     """Validate a params mapping; raise StageError with one line on the first bad key."""
     if not isinstance(raw, dict):
@@ -232,8 +247,7 @@ def parse(raw: dict[str, Any]) -> Params:
     try:
         return Params.model_validate(raw)
     except ValidationError as error:
-        errors = sorted(error.errors(), key=lambda e: e["type"] != "extra_forbidden")
-        raise StageError(_describe(errors[0])) from None
+        raise StageError(_describe(error.errors())) from None
 
 
 def load(*sections: str, path: Path = PARAMS_FILE) -> Params:

@@ -60,8 +60,9 @@ def load_npz(path: str | None) -> Splits:
                 raise StageError(f"{path}: missing arrays {missing}; an MNIST npz holds "
                                  + ", ".join(NPZ_KEYS))
             arrays = {key: archive[key] for key in NPZ_KEYS}
-    except (ValueError, OSError) as error:
-        raise StageError(f"{path}: not a readable npz file ({error})") from None
+    except (ValueError, OSError, TypeError, AttributeError) as error:
+        # A plain .npy loads as an array, which has no .files and is no context manager.
+        raise StageError(f"{path}: not a readable npz file ({type(error).__name__})") from None
     return {split: (arrays[f"x_{split}"], arrays[f"y_{split}"]) for split in SPLITS}
 
 
@@ -116,7 +117,7 @@ def main() -> None:
     tables, first_id = {}, 0
     for index, split in enumerate(SPLITS):
         images, labels = splits[split]
-        check_split(split, images, labels, data.source)
+        check_split(split, images, labels, data.path if data.source == "npz" else data.source)
         images, labels = limit_split(images, labels, data.limit, params.seed + index)
         tables[split] = to_table(images, labels, split, first_id)
         first_id += len(images)

@@ -10,11 +10,12 @@ project root after a sweep, for example:
 Reads:  `dvc exp show --json`: params.yaml and data/evaluation/metrics.json of the workspace,
         the baseline commit and its experiments (runs without metrics are skipped, and a run
         whose params and metrics repeat an earlier one is kept once)
-Writes: reports/runs.csv            one row per run: run, rev, every param and metric (dotted keys)
-        reports/summary.md          AUROC and classifier accuracy as mean ± std over seeds per
-                                    params group; Isolation Forest's share flagged against the article
+Writes: reports/runs.csv            one row per run: run, rev, every param and metric
+        reports/summary.md          AUROC and classifier accuracy, mean ± std over seeds per
+                                    params group; Isolation Forest's share flagged per anomaly
+                                    type beside the article's
         reports/auroc_by_level.png  AUROC against noise.level per representation
-        reports/hit_rates.png       share flagged per anomaly type, this project against the article
+        reports/hit_rates.png       the share-flagged table as bars, beside the article's
 """
 
 from __future__ import annotations

@@ -74,6 +74,7 @@ def atomic_path(target: Path) -> Iterator[Path]:
                                     dir=target.parent)
     os.close(handle)
     temporary = Path(name)
+    temporary.chmod(0o644)  # mkstemp makes files private; artifacts are meant to be shared
     try:
         yield temporary
         os.replace(temporary, target)
@@ -89,6 +90,7 @@ def atomic_directory(target: Path) -> Iterator[Path]:
     remove_leftovers(target)
     temporary = Path(tempfile.mkdtemp(prefix=_temporary_prefix(target), suffix=".tmp",
                                       dir=target.parent))
+    temporary.chmod(0o755)
     try:
         yield temporary
         # Renames are atomic, deleting a folder is not: move the old one aside first.
