@@ -69,8 +69,8 @@ def snapshot(target: Path) -> dict[str, bytes] | None:
 
 @pytest.mark.e2e
 @pytest.mark.parametrize("stage, output, step", [
-    ("extract", "data/activations", 0.7),
-    ("detect", "data/scores/scores.parquet", 0.3),
+    ("extract", "data/activations", 1.5),
+    ("detect", "data/scores/scores.parquet", 0.6),
 ])
 def test_a_killed_stage_leaves_the_previous_artifact_or_none(repo, stage, output, step):
     """SIGKILL the stage ever later into its run until one run completes: each time, the
