@@ -152,3 +152,19 @@ def test_an_npz_with_missing_arrays_is_named(workspace):
         "data:\n  source: npz\n  path: digits.npz\n")
     assert_one_line_naming(run_stage(workspace, "prepare"), "digits.npz", "y_train")
     assert not (workspace / "data/prepared").exists()
+
+
+@pytest.mark.e2e
+def test_artifacts_shared_through_a_remote_need_no_recomputing(repo, tmp_path):
+    path, first = repo
+    remote = tmp_path / "remote"
+    dvc(path, "remote", "add", "--default", "shared", str(remote))
+    subprocess.run(["git", "add", "-A"], cwd=path, check=True)
+    subprocess.run(["git", "commit", "-qm", "results"], cwd=path, check=True)
+    dvc(path, "push")
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(path), str(clone)], check=True)
+    dvc(clone, "pull")
+    assert digests(clone) == first
+    assert "up to date" in dvc(clone, "status")
+    assert ran_stages(dvc(clone, "repro")) == []
