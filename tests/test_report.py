@@ -227,25 +227,34 @@ class TestMain:
         assert result.stdout.strip() == "False"
 
 
-def wait_for_queue(path, timeout=600):
-    """Block until `dvc queue status` lists no queued or running experiment."""
+def run_queue(path, timeout=600):
+    """Start the queue's worker and block until `dvc queue status` lists no queued or running
+    experiment; the worker is stopped however this ends."""
+    dvc(path, "queue", "start", "-j", "1")
     deadline = time.monotonic() + timeout
-    while True:
-        status = dvc(path, "queue", "status")
-        if not any(state in status for state in ("Queued", "Running")):
-            return status
-        if time.monotonic() > deadline:
-            raise AssertionError(f"queue still busy after {timeout} s:\n{status}")
-        time.sleep(3)
+    try:
+        while True:
+            status = dvc(path, "queue", "status")
+            if not any(state in status for state in ("Queued", "Running")):
+                return status
+            if time.monotonic() > deadline:
+                raise AssertionError(f"queue still busy after {timeout} s:\n{status}")
+            time.sleep(3)
+    finally:
+        subprocess.run(["dvc", "queue", "stop", "--kill"], cwd=path, capture_output=True)
+
+
+def failure_logs(path, status):
+    failed = [line.split()[1] for line in status.splitlines() if line.endswith("Failed")]
+    return "\n".join(dvc(path, "queue", "logs", name) for name in failed)
 
 
 @pytest.mark.e2e
 def test_report_of_a_queued_sweep(tmp_path):
     path = make_repository(tmp_path, params={"extract": {"batch_size": 256}})
     dvc(path, "exp", "run", "--queue", "-S", "noise.level=1,2", "-S", "seed=0,1")
-    dvc(path, "queue", "start", "-j", "1")
-    status = wait_for_queue(path)
-    assert status.count("Success") == 4, status
+    status = run_queue(path)
+    assert status.count("Success") == 4, status + failure_logs(path, status)
 
     result = subprocess.run([sys.executable, "-m", "stages.report"], cwd=path,
                             capture_output=True, text=True)
