@@ -66,15 +66,9 @@ def fit_split(setting: str, spec: detectors.DetectorSpec, train: Split, test: Sp
     return train if spec.fits_on_train else test
 
 
-def cap(split: Split, limit: int, seed: int) -> Split:
-    """A seeded subsample of at most `limit` images, in their original order."""
-    if len(split.labels) <= limit:
-        return split
-    return split.rows(capped_rows(len(split.labels), limit, seed))
-
-
 def capped_rows(count: int, limit: int, seed: int) -> np.ndarray:
-    """The rows `cap` keeps of `count`: all, or a seeded sorted sample of `limit`."""
+    """Rows of a fit set of `count` images to keep: all, or a seeded sample of `limit`,
+    in their original order."""
     if count <= limit:
         return np.arange(count)
     return np.sort(np.random.default_rng(seed).choice(count, limit, replace=False))

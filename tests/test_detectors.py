@@ -202,25 +202,26 @@ def split_of(count: int) -> detect.Split:
                         rows % 10, rows % 7 == 0)
 
 
-class TestCap:
-    def test_small_split_is_returned_whole(self):
-        split = split_of(50)
-        assert detect.cap(split, 50, seed=0) is split
+class TestCappedRows:
+    def test_small_fit_set_is_kept_whole(self):
+        np.testing.assert_array_equal(detect.capped_rows(50, 50, seed=0), np.arange(50))
 
     def test_keeps_a_seeded_subsample_of_rows_in_order(self):
-        split = split_of(1000)
-        capped = detect.cap(split, 100, seed=5)
-        kept = capped.parts["pixels"][:, 0].astype(int)
+        kept = detect.capped_rows(1000, 100, seed=5)
 
-        assert len(kept) == 100
+        assert len(kept) == 100 and len(set(kept)) == 100
         assert np.all(np.diff(kept) > 0)
+        np.testing.assert_array_equal(detect.capped_rows(1000, 100, seed=5), kept)
+        assert not np.array_equal(detect.capped_rows(1000, 100, seed=6), kept)
+        assert kept.min() < 200 and kept.max() > 800
+
+    def test_split_rows_follow_the_kept_rows(self):
+        split = split_of(1000)
+        kept = detect.capped_rows(1000, 100, seed=5)
+        capped = split.rows(kept)
         np.testing.assert_array_equal(capped.parts["dense"][:, 0], kept * 2)
         np.testing.assert_array_equal(capped.labels, kept % 10)
         np.testing.assert_array_equal(capped.is_anomaly, kept % 7 == 0)
-        np.testing.assert_array_equal(detect.cap(split, 100, seed=5).labels, capped.labels)
-        assert not np.array_equal(detect.cap(split, 100, seed=6).parts["pixels"],
-                                  capped.parts["pixels"])
-        assert kept.min() < 200 and kept.max() > 800
 
 
 def knn_outlier_scores(max_fit_samples: int) -> np.ndarray:
