@@ -153,23 +153,33 @@ def _pyod(class_path: str, **fixed: Any) -> Callable[..., Any]:
     return make
 
 
-class VaryingColumns:
-    """Fits a detector on the columns that vary in its fit data. PyOD's PCA divides by each
-    component's variance, so a constant column (a dead ReLU unit, a never-inked pixel)
-    would give infinite scores."""
+class FullRankPca:
+    """PyOD's PCA detector on the directions the fit data spans.
 
-    def __init__(self, detector: Any):
-        self.detector = detector
+    PyOD divides each component's distance by its explained variance, so a direction with
+    none (a dead ReLU unit, a never-inked pixel, softmax outputs that always sum to 1) would
+    give infinite scores. Constant columns are dropped and, unless `n_components` is set,
+    only as many components as the standardised fit data's rank are kept."""
 
-    def fit(self, X: np.ndarray, y: np.ndarray | None = None) -> "VaryingColumns":
+    def __init__(self, **settings: Any):
+        self.settings = settings
+
+    def fit(self, X: np.ndarray, y: np.ndarray | None = None) -> "FullRankPca":
+        from pyod.models.pca import PCA
+
         self.columns_ = np.flatnonzero(np.ptp(X, axis=0) > 0)
-        self.detector.fit(X[:, self.columns_])
-        self.decision_scores_ = self.detector.decision_scores_
-        self.threshold_ = self.detector.threshold_
+        varying = X[:, self.columns_]
+        settings = dict(self.settings)
+        if settings.get("n_components") is None:
+            standardised = (varying - varying.mean(axis=0)) / varying.std(axis=0)
+            settings["n_components"] = int(np.linalg.matrix_rank(standardised))
+        self.detector_ = PCA(**settings).fit(varying)
+        self.decision_scores_ = self.detector_.decision_scores_
+        self.threshold_ = self.detector_.threshold_
         return self
 
     def decision_function(self, X: np.ndarray) -> np.ndarray:
-        return self.detector.decision_function(X[:, self.columns_])
+        return self.detector_.decision_function(X[:, self.columns_])
 
 
 def _any(representation: str) -> bool:
@@ -207,8 +217,7 @@ DETECTORS: dict[str, DetectorSpec] = {
                         paper="Ramaswamy, Rastogi & Shim, 2000"),
     "ocsvm": DetectorSpec(_pyod("pyod.models.ocsvm.OCSVM"), superlinear=True,
                           paper="Schölkopf et al., 2001"),
-    "pca": DetectorSpec(lambda **settings: VaryingColumns(_pyod("pyod.models.pca.PCA")(**settings)),
-                        seeded=True, paper="Shyu et al., 2003"),
+    "pca": DetectorSpec(FullRankPca, seeded=True, paper="Shyu et al., 2003"),
     "ecod": DetectorSpec(_pyod("pyod.models.ecod.ECOD"), paper="Li et al., 2022"),
     "copod": DetectorSpec(_pyod("pyod.models.copod.COPOD"), paper="Li et al., 2020"),
     "hbos": DetectorSpec(_pyod("pyod.models.hbos.HBOS"),

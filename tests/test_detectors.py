@@ -242,3 +242,13 @@ def test_outlier_scores_of_an_uncapped_pool_do_not_count_themselves():
 
 def test_outlier_scores_of_capped_in_images_do_not_count_themselves():
     assert np.all(knn_outlier_scores(max_fit_samples=200) > 0)
+
+
+def test_pca_scores_stay_finite_on_rank_deficient_features():
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((400, 10)) * 3
+    softmax = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    softmax[:, 0] = 0.5  # a constant column as well: a dead unit
+    detector = build("pca", DetectParams().settings("pca"), seed=0).fit(softmax)
+    assert np.isfinite(detector.decision_function(softmax)).all()
+    assert np.isfinite(detector.decision_scores_).all()
