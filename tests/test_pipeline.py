@@ -10,16 +10,25 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from stages.detectors import DETECTORS
 from tests.repository import ARTIFACTS, STAGES, dvc, make_repository, ran_stages, set_params
 
 pytestmark = pytest.mark.e2e
+PAIR_METRICS = {"auroc", "auroc_low", "auroc_high", "aupr", "aupr_normal", "fpr95",
+                "precision_at_n", "precision", "recall", "f1", "flag_rate_normal"}
 
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
     path = make_repository(tmp_path_factory.mktemp("pipeline"))
     first = dvc(path, "repro")
+    commit_all(path, "first results")
     return path, first
+
+
+def commit_all(path, message: str) -> None:
+    subprocess.run(["git", "add", "-A"], cwd=path, check=True)
+    subprocess.run(["git", "commit", "-qm", message], cwd=path, check=True)
 
 
 def test_repro_runs_every_stage_and_writes_every_artifact(repo):
@@ -48,8 +57,25 @@ def test_detect_change_reruns_only_detect_and_evaluate(repo):
     path, _ = repo
     set_params(path, {"detect": {"iforest": {"n_estimators": 50}}})
     assert ran_stages(dvc(path, "repro")) == ["detect", "evaluate"]
-    subprocess.run(["git", "commit", "-qam", "fewer trees"], cwd=path, check=True)
-    dvc(path, "commit", "-f")
+    commit_all(path, "fewer trees")
+
+
+def test_every_detector_on_every_representation_writes_its_metrics(repo):
+    path, _ = repo
+    representations = ["pixels", "dense", "dense_1", "logits", "pixels+dense"]
+    params = (path / "params.yaml").read_text()
+    set_params(path, {"detect": {"detectors": list(DETECTORS),
+                                 "representations": representations}})
+    assert ran_stages(dvc(path, "repro")) == ["detect", "evaluate"]
+    (path / "params.yaml").write_text(params)
+    detection = json.loads((path / "data/evaluation/metrics.json").read_text())["detection"]
+    for representation in representations:
+        applicable = [name for name, spec in DETECTORS.items()
+                      if spec.applies_to(representation)]
+        assert sorted(detection[representation]) == sorted(applicable)
+        for name in applicable:
+            assert set(detection[representation][name]) == PAIR_METRICS
+    dvc(path, "repro")
 
 
 def test_exp_run_noise_level_reruns_from_corrupt_and_metrics_diff_shows_it(repo):
@@ -57,8 +83,9 @@ def test_exp_run_noise_level_reruns_from_corrupt_and_metrics_diff_shows_it(repo)
     output = dvc(path, "exp", "run", "-S", "noise.level=4")
     assert ran_stages(output) == ["corrupt", "train", "extract", "detect", "evaluate"]
     diff = json.loads(dvc(path, "metrics", "diff", "--json"))
-    changed = [key for file in diff.values() for key in file]
-    assert any(key.startswith("detection.") for key in changed), diff
+    changed = {key: change for file in diff.values() for key, change in file.items()}
+    assert any(key.startswith("detection.") and change["old"] is not None
+               and change["new"] != change["old"] for key, change in changed.items()), diff
 
 
 def test_bad_param_stops_with_one_line_and_leaves_outputs_alone(repo):
