@@ -273,6 +273,26 @@ def summary_table(runs: list[Run]) -> str:
     return markdown_table(header, rows)
 
 
+def detector_tables(runs: list[Run]) -> str:
+    """Per params group, the AUROC table a reader scans: a row per detector, a column per
+    representation (mean ± std over seeds), and the classifier's accuracy beneath."""
+    groups = group_runs(runs, ignored=(SEED,))
+    shown = varying_keys(groups)
+    parts = []
+    for key, members in groups.items():
+        pairs = detection_pairs(members)
+        representations = list(dict.fromkeys(rep for rep, _ in pairs))
+        detectors = list(dict.fromkeys(detector for _, detector in pairs))
+        rows = [[detector, *(format_stats(auroc_stats(members, rep, detector))
+                             for rep in representations)] for detector in detectors]
+        accuracy = ", ".join(f"{name.replace('_', ' ')} {format_stats(accuracy_stats(members, name))}"
+                             for name in ACCURACIES)
+        parts.append(f"### {group_label(key, shown) or 'all runs'} ({len(members)} seeds)\n\n"
+                     + markdown_table(["detector", *representations], rows)
+                     + f"\nClassifier: {accuracy}.\n")
+    return "\n".join(parts)
+
+
 def hit_rate_table(runs: list[Run]) -> str:
     """The article's table with this project's rows beside it."""
     header = ["representation", "source", "normal images",
@@ -300,6 +320,9 @@ def render_summary(runs: list[Run]) -> str:
         "deviation over the group's seeds (the mean alone for one seed). The columns before "
         "`seeds` are the params that differ between groups.\n",
         summary_table(runs),
+        "## AUROC per detector and representation\n",
+        "The same AUROCs, one table per params group.\n",
+        detector_tables(runs),
         "## Share flagged by Isolation Forest, against the article\n",
         "Share of normal images (false positives) and of each anomaly type the `iforest` "
         "detector flags at its own threshold: `flag_rate_normal`, and `recall` of the runs at "

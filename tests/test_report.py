@@ -304,3 +304,19 @@ def test_report_of_a_queued_sweep(tmp_path):
                    for each in runs if each["noise.level"] == str(level)]
         assert parse_stats(ours[f"type {level}"]) == pytest.approx(
             (statistics.fmean(recalls), statistics.stdev(recalls)), abs=1e-3)
+
+
+def test_detector_tables_show_each_groups_auroc_per_detector_and_representation():
+    runs = [make_run("a", 0, level=1, aurocs={("pixels", "iforest"): 0.9, ("dense", "lof"): 0.6}),
+            make_run("b", 1, level=1, aurocs={("pixels", "iforest"): 0.8, ("dense", "lof"): 0.4}),
+            make_run("c", 0, level=2, aurocs={("pixels", "iforest"): 0.7, ("dense", "lof"): 0.5})]
+    text = report.detector_tables(runs)
+    level_one = text.split("### noise.level=2")[0]
+    assert "### noise.level=1 (2 seeds)" in level_one
+    rows = {row["detector"]: row for row in parse_table(level_one)}
+    assert parse_stats(rows["iforest"]["pixels"]) == pytest.approx(
+        (0.85, statistics.stdev([0.9, 0.8])), abs=5e-4)
+    assert rows["iforest"]["dense"] == "–"
+    assert parse_stats(rows["lof"]["dense"]) == pytest.approx(
+        (0.5, statistics.stdev([0.6, 0.4])), abs=5e-4)
+    assert "| iforest | 0.700 | – |" in text.split("### noise.level=2")[1]
