@@ -27,6 +27,7 @@ import math
 import statistics
 import subprocess
 import sys
+import textwrap
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -166,8 +167,11 @@ def varying_keys(groups: Iterable[GroupKey]) -> list[str]:
 
 
 def group_label(key: GroupKey, shown: list[str]) -> str:
+    """The params that tell a group apart, lists (detectors, representations) left out: they
+    are long, and the tables and legends name what they hold."""
     params = dict(key)
-    return ", ".join(f"{name}={params[name]}" for name in shown)
+    return ", ".join(f"{name}={params[name]}" for name in shown
+                     if not str(params[name]).startswith("["))
 
 
 def summarize(values: Iterable[Any]) -> Stats | None:
@@ -385,7 +389,8 @@ def plot_auroc_by_level(runs: list[Run], target: Path) -> None:
                               label=f"{representation}: {detector}")
         axis.axhline(0.5, color="grey", lw=0.8, ls=":")
         axis.set_xticks(range(len(levels)), [str(level) for level in levels])
-        axis.set(title=group_label(key, shown) or "all runs", xlabel=LEVEL, ylabel="AUROC",
+        axis.set(title=textwrap.fill(group_label(key, shown) or "all runs", 48),
+                 xlabel=LEVEL, ylabel="AUROC",
                  ylim=(0, 1.02))
         axis.title.set_fontsize(8)
         axis.legend(fontsize=7, loc="best")
@@ -416,7 +421,8 @@ def plot_hit_rates(runs: list[Run], target: Path) -> None:
                      width=0.4, color="C0", capsize=3, label="this project")
             axis.set_xticks(list(positions), labels, fontsize=7)
             title = f"{ARTICLE_DETECTOR} on {representation}"
-            axis.set_title(f"{title}\n{group_label(key, shown)}" if shown else title,
+            axis.set_title(f"{title}\n{textwrap.fill(group_label(key, shown), 48)}" if shown
+                           else title,
                            fontsize=8)
             # Headroom above 100% keeps the legend off the bars.
             axis.set(ylim=(0, 1.25), ylabel="share flagged")
