@@ -45,6 +45,8 @@ from pathlib import Path
 import psutil
 import yaml
 
+from stages.params import merged
+
 ROOT = Path(__file__).resolve().parent.parent
 EXTRACTION_SCRIPT = Path(__file__).resolve().parent / "extraction.py"
 STAGES = ("prepare", "corrupt", "train", "extract", "detect", "evaluate")
@@ -97,14 +99,6 @@ QUICK = Mode("quick", TINY, TINY,
 def git(repo: Path, *args: str) -> str:
     return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True,
                           text=True).stdout
-
-
-def merged(base: dict, changes: dict) -> dict:
-    """`base` with `changes` written over it, section by section."""
-    result = dict(base)
-    for key, value in changes.items():
-        result[key] = merged(base.get(key, {}), value) if isinstance(value, dict) else value
-    return result
 
 
 def set_params(repo: Path, changes: dict) -> None:

@@ -204,6 +204,16 @@ class Params(Section):
     evaluate: EvaluateParams = EvaluateParams()
 
 
+def merged(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """Raw params `base` with `changes` written over it, section by section (as `dvc exp run
+    -S` does); used by the tests and benchmarks to derive params files."""
+    result = dict(base)
+    for key, value in changes.items():
+        result[key] = (merged(base.get(key) or {}, value) if isinstance(value, dict)
+                       else value)
+    return result
+
+
 def _user_key(loc: tuple[Any, ...]) -> str:
     """The dotted key a user wrote, from pydantic's error location, which also names the
     branch of a Union that failed (e.g. 'literal['auto']', 'constrained-int')."""

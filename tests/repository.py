@@ -9,6 +9,8 @@ from pathlib import Path
 
 import yaml
 
+from stages.params import merged
+
 ROOT = Path(__file__).resolve().parent.parent
 STAGES = ("prepare", "corrupt", "train", "extract", "detect", "evaluate")
 ARTIFACTS = (
@@ -29,17 +31,9 @@ TINY_PARAMS = {
 }
 
 
-def merge(base: dict, changes: dict) -> dict:
-    """`base` with `changes` written over it, section by section."""
-    merged = dict(base)
-    for key, value in changes.items():
-        merged[key] = merge(base.get(key, {}), value) if isinstance(value, dict) else value
-    return merged
-
-
 def set_params(path: Path, changes: dict) -> None:
     params = yaml.safe_load((path / "params.yaml").read_text())
-    (path / "params.yaml").write_text(yaml.safe_dump(merge(params, changes), sort_keys=False))
+    (path / "params.yaml").write_text(yaml.safe_dump(merged(params, changes), sort_keys=False))
 
 
 def project_files() -> list[str]:
@@ -60,7 +54,7 @@ def make_repository(path: Path, params: dict | None = None) -> Path:
     for name in project_files():
         (path / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / name, path / name)
-    set_params(path, merge(TINY_PARAMS, params or {}))
+    set_params(path, merged(TINY_PARAMS, params or {}))
     git(path, "init", "-q")
     git(path, "add", "-A")
     git(path, "-c", "user.name=test", "-c", "user.email=test@example.invalid",
