@@ -170,7 +170,7 @@ class ProcessTreeMonitor:
         self.root = psutil.Process(pid)
         self.peak_rss = 0
         self.stages: dict[str, StageUsage] = {}
-        self._stages_by_pid: dict[int, str | None] = {}
+        self._stages_by_pid: dict[int, str] = {}
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True)
 
@@ -197,10 +197,14 @@ class ProcessTreeMonitor:
         try:
             rss = process.memory_info().rss
             if process.pid not in self._stages_by_pid:
-                self._stages_by_pid[process.pid] = stage_of(process.cmdline())
+                # Remember only a found stage: a child caught between fork and exec still
+                # shows its parent's command line.
+                stage = stage_of(process.cmdline())
+                if stage is not None:
+                    self._stages_by_pid[process.pid] = stage
         except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
             return 0
-        stage = self._stages_by_pid[process.pid]
+        stage = self._stages_by_pid.get(process.pid)
         if stage is not None:
             usage = self.stages.setdefault(stage, StageUsage(now, now, 0))
             usage.last_seen = now
@@ -580,7 +584,7 @@ def profile_rows(repeats: list[FullRepeat]) -> list[str]:
     total = statistics.median(r.repro.seconds for r in repeats)
     accounted = 0.0
     for stage in STAGES:
-        # On a loaded machine the poller can miss a short stage's process altogether.
+        # A stage shorter than one poll can go unseen.
         seen = [r.repro.stages[stage] for r in repeats if stage in r.repro.stages]
         if not seen:
             lines.append(f"| {stage} | not seen by the poller | | | |")
