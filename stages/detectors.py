@@ -20,8 +20,9 @@ from typing import Any, Callable
 
 import numpy as np
 
+from stages.tables import LOGITS
+
 PIXELS = "pixels"
-LOGITS = "logits"
 GRID_TOLERANCE = 1e-4
 
 

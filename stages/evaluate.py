@@ -24,11 +24,11 @@ from sklearn.metrics import average_precision_score, precision_recall_curve, roc
 
 from stages import params as params_module
 from stages.errors import StageError, run
-from stages.tables import (ACTIVATION_KEYS, SCORES_SCHEMA, activation_matrix, atomic_directory,
+from stages.tables import (ACTIVATION_KEYS, LOGITS, SCORES_SCHEMA, activation_matrix, atomic_directory,
                            atomic_path, read_table)
 
 SCORES = Path("data/scores/scores.parquet")
-LOGITS = Path("data/activations/logits.parquet")
+LOGITS_TABLE = Path(f"data/activations/{LOGITS}.parquet")
 OUTPUT = Path("data/evaluation")
 CONFIDENCE = 0.95
 
@@ -196,7 +196,7 @@ def plot_histograms(samples: dict, target: Path) -> None:
 def main() -> None:
     params = params_module.load("evaluate", "seed")
     scores = read_table(SCORES, SCORES_SCHEMA)
-    logits = read_table(LOGITS, ACTIVATION_KEYS)
+    logits = read_table(LOGITS_TABLE, ACTIVATION_KEYS)
 
     detection: dict[str, dict[str, dict]] = {}
     all_curves, samples = {}, {}

@@ -17,13 +17,12 @@ import pyarrow.parquet as pq
 
 from stages import params as params_module
 from stages.errors import StageError, run
-from stages.tables import (ACTIVATION_KEYS, CORRUPTED_SCHEMA, SPLITS, atomic_directory,
+from stages.tables import (ACTIVATION_KEYS, CORRUPTED_SCHEMA, LOGITS, SPLITS, atomic_directory,
                            open_table, pixel_matrix, unit_names)
 
 INPUT = Path("data/corrupted")
 MODEL = Path("data/model/model.keras")
 OUTPUT = Path("data/activations")
-LOGITS_LAYER = "logits"
 
 
 def layers_to_record(requested: list[str], available: list[str]) -> list[str]:
@@ -32,7 +31,7 @@ def layers_to_record(requested: list[str], available: list[str]) -> list[str]:
         if name not in available:
             raise StageError(f"extract.layers: unknown layer {name!r}; the model's layers are "
                              + ", ".join(available))
-    return requested + [LOGITS_LAYER] * (LOGITS_LAYER not in requested)
+    return requested + [LOGITS] * (LOGITS not in requested)
 
 
 def as_units(activations: np.ndarray) -> np.ndarray:

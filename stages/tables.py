@@ -30,6 +30,8 @@ from stages.errors import StageError
 
 IMAGE_SIZE = 28 * 28
 SPLITS = ("train", "test")
+# The classifier's pre-softmax layer: a Keras layer, an activation table and a representation.
+LOGITS = "logits"
 
 PREPARED_SCHEMA = pa.schema([
     ("sample_id", pa.int64()),
