@@ -49,30 +49,27 @@ def activation_batch(keys: pa.Table, units: np.ndarray) -> pa.Table:
     return pa.Table.from_arrays(columns, names=ACTIVATION_KEYS.names + unit_names(units.shape[1]))
 
 
-def record(model, layers: list[str], batches, folder: Path) -> dict[str, int]:
-    """Run the model's layers over batches of (keys, images) with one call per batch and
-    append each layer's rows to folder/<layer>.parquet; return the rows written per layer."""
-    import keras
-
-    probe = keras.Model(model.inputs, [model.get_layer(name).output for name in layers])
+def record(probe, batches, folder: Path) -> dict[str, int]:
+    """Pass batches of (keys, pixel rows) through `probe` (pixel rows -> {layer: outputs},
+    see network.LayerProbe) and append each layer's rows to folder/<layer>.parquet, one
+    row group per batch; return the rows written per layer."""
     writers: dict[str, pq.ParquetWriter] = {}
-    rows = 0
+    rows: dict[str, int] = {}
     try:
-        for keys, images in batches:
-            outputs = probe.predict_on_batch(images.reshape(-1, 28, 28, 1))
-            if len(layers) == 1:  # a one-output model returns the array itself, not a list
-                outputs = [outputs]
-            for name, output in zip(layers, outputs):
-                table = activation_batch(keys, as_units(np.asarray(output)))
+        for keys, pixels in batches:
+            for name, output in probe(pixels).items():
+                table = activation_batch(keys, as_units(output))
                 if name not in writers:
-                    writers[name] = pq.ParquetWriter(folder / f"{name}.parquet", table.schema,
-                                                     compression="zstd")
+                    # Dictionary encoding only pays on the keys: unit values rarely repeat.
+                    writers[name] = pq.ParquetWriter(
+                        folder / f"{name}.parquet", table.schema, compression="zstd",
+                        use_dictionary=ACTIVATION_KEYS.names)
                 writers[name].write_table(table)
-            rows += len(images)
+                rows[name] = rows.get(name, 0) + table.num_rows
     finally:
         for writer in writers.values():
             writer.close()
-    return {name: rows for name in layers}
+    return rows
 
 
 def image_batches(files: dict[Path, pq.ParquetFile], batch_size: int):
@@ -100,8 +97,9 @@ def main() -> None:
     network.limit_threads()
     model = network.load_model(MODEL)
     layers = layers_to_record(params.extract.layers, [layer.name for layer in model.layers])
+    probe = network.LayerProbe(model, layers)
     with atomic_directory(OUTPUT) as folder:
-        written = record(model, layers, image_batches(files, params.extract.batch_size), folder)
+        written = record(probe, image_batches(files, params.extract.batch_size), folder)
     for name, rows in written.items():
         print(f"extract: {name}: {rows} rows -> {OUTPUT / name}.parquet")
 

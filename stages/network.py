@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import tempfile
 import zipfile
@@ -18,6 +19,7 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import keras  # noqa: E402
+import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from stages.errors import StageError, thread_limit  # noqa: E402
@@ -112,3 +114,30 @@ def load_model(path: Path) -> keras.Model:
         return keras.saving.load_model(path, safe_mode=True, compile=False)
     except Exception as error:  # Keras raises ValueError, OSError, zip and h5 errors alike
         raise StageError(f"{path}: not a loadable Keras model ({type(error).__name__})") from None
+
+
+class LayerProbe:
+    """Every chosen layer's outputs for a batch of pixel rows, all from one forward pass:
+    `probe(pixels)` gives {layer: array with one row per image}.
+
+    The forward pass is traced once, for any batch size (Keras' `predict_on_batch` traces
+    again for a split's last, shorter batch, and its set-up costs more than the pass itself
+    on a few hundred images). It runs `chunk_size` images at a time: the convolution maps of
+    a larger batch no longer fit the CPU's caches, and the pass slows down by half.
+    """
+
+    def __init__(self, model: keras.Model, layers: list[str], *, chunk_size: int = 256):
+        self.chunk_size = chunk_size
+        outputs = keras.Model(model.inputs,
+                              {name: model.get_layer(name).output for name in layers})
+        image_shape = tuple(model.inputs[0].shape[1:])
+        signature = tf.TensorSpec((None, math.prod(image_shape)), tf.float32)
+        self.forward = tf.function(
+            lambda pixels: outputs(tf.reshape(pixels, (-1, *image_shape)), training=False),
+            input_signature=[signature])
+
+    def __call__(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
+        chunks = [self.forward(pixels[start:start + self.chunk_size])
+                  for start in range(0, len(pixels), self.chunk_size)]
+        return {name: np.concatenate([chunk[name].numpy() for chunk in chunks])
+                for name in chunks[0]}

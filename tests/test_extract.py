@@ -4,6 +4,7 @@ import zipfile
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import yaml
 
@@ -57,8 +58,8 @@ def direct_outputs(model, layer: str, images: np.ndarray) -> np.ndarray:
 @pytest.fixture(scope="module")
 def recorded(model, corrupted, tmp_path_factory):
     folder = tmp_path_factory.mktemp("activations")
-    written = extract.record(model, ["conv2d", "dense", "logits"],
-                             batches_of(corrupted, BATCH_SIZE), folder)
+    probe = network.LayerProbe(model, ["conv2d", "dense", "logits"])
+    written = extract.record(probe, batches_of(corrupted, BATCH_SIZE), folder)
     return folder, written
 
 
@@ -103,8 +104,8 @@ class TestRecord:
         assert all(field.type == pa.float32() for field in units)
 
     def test_softmax_layer_rows_are_probabilities(self, model, corrupted, tmp_path):
-        extract.record(model, ["dense_1", "logits"], batches_of(corrupted, BATCH_SIZE),
-                       tmp_path)
+        probe = network.LayerProbe(model, ["dense_1", "logits"])
+        extract.record(probe, batches_of(corrupted, BATCH_SIZE), tmp_path)
         table = read_table(tmp_path / "dense_1.parquet", ACTIVATION_KEYS)
         probabilities = np.column_stack([table.column(name).to_numpy()
                                          for name in unit_names(10)])
@@ -113,8 +114,9 @@ class TestRecord:
     def test_batch_size_does_not_change_the_values(self, model, corrupted, tmp_path):
         whole, split = tmp_path / "whole", tmp_path / "split"
         whole.mkdir(), split.mkdir()
-        extract.record(model, ["dense", "logits"], batches_of(corrupted, IMAGE_COUNT), whole)
-        extract.record(model, ["dense", "logits"], batches_of(corrupted, 7), split)
+        probe = network.LayerProbe(model, ["dense", "logits"])
+        extract.record(probe, batches_of(corrupted, IMAGE_COUNT), whole)
+        extract.record(probe, batches_of(corrupted, 7), split)
         one = read_table(whole / "dense.parquet", ACTIVATION_KEYS)
         many = read_table(split / "dense.parquet", ACTIVATION_KEYS)
         for name in unit_names(8):
@@ -122,11 +124,41 @@ class TestRecord:
                                        many.column(name).to_numpy(), rtol=1e-5, atol=1e-6)
 
     def test_a_single_layer_is_recorded(self, model, corrupted, tmp_path):
-        written = extract.record(model, ["logits"], batches_of(corrupted, BATCH_SIZE), tmp_path)
+        probe = network.LayerProbe(model, ["logits"])
+        written = extract.record(probe, batches_of(corrupted, BATCH_SIZE), tmp_path)
         assert written == {"logits": IMAGE_COUNT}
         table = read_table(tmp_path / "logits.parquet", ACTIVATION_KEYS)
         assert table.schema.names == ACTIVATION_KEYS.names + unit_names(10)
         assert table.num_rows == IMAGE_COUNT
+
+
+    def test_each_batch_is_one_row_group(self, recorded):
+        folder, _ = recorded
+        groups = pq.ParquetFile(folder / "dense.parquet").metadata.num_row_groups
+        assert groups == -(-IMAGE_COUNT // BATCH_SIZE)
+
+
+class TestLayerProbe:
+    def test_returns_every_layer_as_an_array(self, model, corrupted):
+        _, pixels = next(batches_of(corrupted, BATCH_SIZE))
+        outputs = network.LayerProbe(model, ["dense", "dense_1"])(pixels)
+        assert set(outputs) == {"dense", "dense_1"}
+        assert outputs["dense"].shape == (BATCH_SIZE, 8)
+        assert outputs["dense_1"].shape == (BATCH_SIZE, 10)
+
+    def test_batches_of_any_size_share_one_trace(self, model, corrupted):
+        probe = network.LayerProbe(model, ["dense"])
+        for _, pixels in batches_of(corrupted, 7):  # 7, 7, ... and a last batch of 3
+            probe(pixels)
+        assert probe.forward.experimental_get_tracing_count() == 1
+
+    def test_chunks_give_the_values_of_one_pass(self, model, corrupted):
+        _, pixels = next(batches_of(corrupted, IMAGE_COUNT))
+        whole = network.LayerProbe(model, ["dense", "logits"], chunk_size=IMAGE_COUNT)(pixels)
+        chunked = network.LayerProbe(model, ["dense", "logits"], chunk_size=4)(pixels)
+        for name in ("dense", "logits"):
+            assert chunked[name].shape == whole[name].shape
+            np.testing.assert_allclose(chunked[name], whole[name], rtol=1e-5, atol=1e-6)
 
 
 class TestAsUnits:
