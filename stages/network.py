@@ -123,7 +123,8 @@ class LayerProbe:
     The forward pass is traced once, for any batch size (Keras' `predict_on_batch` traces
     again for a split's last, shorter batch, and its set-up costs more than the pass itself
     on a few hundred images). It runs `chunk_size` images at a time: the convolution maps of
-    a larger batch no longer fit the CPU's caches, and the pass slows down by half.
+    a larger batch no longer fit the CPU's caches, and the pass takes about 1.5 times as
+    long per image.
     """
 
     def __init__(self, model: keras.Model, layers: list[str], *, chunk_size: int = 256):
