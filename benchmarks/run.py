@@ -47,6 +47,7 @@ import psutil
 import yaml
 
 from stages.params import merged
+from stages.report import flatten
 
 ROOT = Path(__file__).resolve().parent.parent
 EXTRACTION_SCRIPT = Path(__file__).resolve().parent / "extraction.py"
@@ -554,28 +555,17 @@ def sweep_rows(sweeps: list[SweepRepeat], mode: Mode) -> list[Row]:
 
 def setup_lines(revision: str, npz: Path, mode: Mode) -> list[str]:
     """How the clones the commands run in are made, and the plain process's script."""
-    full = {"data.source": "npz", "data.path": str(npz), **flattened(mode.full_params)}
+    full = {"data.source": "npz", "data.path": str(npz), **flatten(mode.full_params)}
     return [
         f"- *Full clone*: `git clone {ROOT} <dir> && cd <dir> && git checkout {revision} && "
         f"rm dvc.lock`, params.yaml set to {shown_params(full)}, committed.",
-        f"- *Sweep clone*: the same with {shown_params(flattened(mode.sweep_params))} on the "
+        f"- *Sweep clone*: the same with {shown_params(flatten(mode.sweep_params))} on the "
         "bundled data, then `dvc repro` and a commit: the baseline. The experiments run one "
         "after the other in one copy of it and queued in another, so neither finds the "
         "other's results in the run cache; the two passes alternate in order.",
         "- `$PLAIN`, one Python process running every stage as `python -m stages.<name>` "
         "would:", "", "```python", PLAIN_SCRIPT.rstrip(), "```", "",
     ]
-
-
-def flattened(params: dict, prefix: str = "") -> dict[str, object]:
-    """Nested params as dotted keys: {"data": {"limit": 1}} -> {"data.limit": 1}."""
-    flat: dict[str, object] = {}
-    for key, value in params.items():
-        if isinstance(value, dict):
-            flat.update(flattened(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def shown_params(params: dict[str, object]) -> str:
@@ -632,7 +622,7 @@ def render(rows: list[Row], repeats: list[FullRepeat], arguments: argparse.Names
     command = " ".join(["python benchmarks/run.py", *sys.argv[1:]])
     lines = ["# Benchmarks", ""]
     if mode is QUICK:
-        lines += [f"**Quick smoke mode** ({shown_params(flattened(TINY))}): these numbers "
+        lines += [f"**Quick smoke mode** ({shown_params(flatten(TINY))}): these numbers "
                   "say nothing about the targets.", ""]
     lines += [f"- Commit: `{revision[:7]}` (clones of it; uncommitted edits are not measured)",
               *machine_lines(start_load),

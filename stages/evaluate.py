@@ -24,8 +24,8 @@ from sklearn.metrics import average_precision_score, precision_recall_curve, roc
 
 from stages import params as params_module
 from stages.errors import StageError, run
-from stages.tables import (ACTIVATION_KEYS, LOGITS, SCORES_SCHEMA, activation_matrix, atomic_directory,
-                           atomic_path, read_table)
+from stages.tables import (ACTIVATION_KEYS, LOGITS, SCORES_SCHEMA, activation_matrix,
+                           atomic_directory, atomic_path, read_table)
 
 SCORES = Path("data/scores/scores.parquet")
 LOGITS_TABLE = Path(f"data/activations/{LOGITS}.parquet")

@@ -27,8 +27,6 @@ from stages.params import TrainParams  # noqa: E402
 from stages.tables import LOGITS, atomic_path  # noqa: E402
 
 CLASSES = 10
-# The output layer is split in two so that its pre-softmax values (the energy score needs
-# them) are a layer of their own; `dense_1` stays the article's 10 softmax columns.
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 
 
@@ -62,6 +60,8 @@ def build_model(train: TrainParams) -> keras.Model:
     names = ["dense"] + [f"dense_{index}" for index in range(1, len(train.dense_units) + 1)]
     for name, units in zip(names, train.dense_units):
         hidden = keras.layers.Dense(units, activation="relu", name=name)(hidden)
+    # The output layer is split in two so that its pre-softmax values (the energy score
+    # needs them) are a layer of their own; the softmax stays the article's 10 columns.
     logits = keras.layers.Dense(CLASSES, name=LOGITS)(hidden)
     outputs = keras.layers.Activation("softmax", name=names[-1])(logits)
     model = keras.Model(inputs, outputs, name="classifier")

@@ -289,8 +289,9 @@ def detector_tables(runs: list[Run]) -> str:
         detectors = list(dict.fromkeys(detector for _, detector in pairs))
         rows = [[detector, *(format_stats(auroc_stats(members, rep, detector))
                              for rep in representations)] for detector in detectors]
-        accuracy = ", ".join(f"{name.replace('_', ' ')} {format_stats(accuracy_stats(members, name))}"
-                             for name in ACCURACIES)
+        accuracy = ", ".join(
+            f"{name.replace('_', ' ')} {format_stats(accuracy_stats(members, name))}"
+            for name in ACCURACIES)
         parts.append(f"### {group_label(key, shown) or 'all runs'} ({len(members)} seeds)\n\n"
                      + markdown_table(["detector", *representations], rows)
                      + f"\nClassifier: {accuracy}.\n")

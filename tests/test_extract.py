@@ -131,7 +131,6 @@ class TestRecord:
         assert table.schema.names == ACTIVATION_KEYS.names + unit_names(10)
         assert table.num_rows == IMAGE_COUNT
 
-
     def test_each_batch_is_one_row_group(self, recorded):
         folder, _ = recorded
         groups = pq.ParquetFile(folder / "dense.parquet").metadata.num_row_groups
